@@ -173,6 +173,7 @@ class Predictor:
                     )
 
         all_calibrated = all(values is not None for values in calibrated)
+        ensemble_reports = average_reports(reports_per_fold) if reports_per_fold else None
         elapsed = time.perf_counter() - started
         results = []
         for item_index, item in enumerate(nodule_planes):
@@ -191,9 +192,7 @@ class Predictor:
             risk = (
                 float(np.mean([fold.calibrated_probability for fold in folds])) if all_calibrated else raw_ensemble
             )
-            report = None
-            if reports_per_fold:
-                report = average_reports([fold_reports[item_index] for fold_reports in reports_per_fold])
+            report = ensemble_reports[item_index] if ensemble_reports else None
 
             point_lps = np.asarray(item.point_lps, dtype=float)
             results.append(
