@@ -110,6 +110,7 @@ class Predictor:
         `image` is a path (file or DICOM folder) or an already loaded SimpleITK image
         in Hounsfield units. The image is checked before any risk is computed.
         """
+        from .ct_checks import check_ct_image
         from .image_io import load_ct
         from .preprocess import extract_planes
 
@@ -122,6 +123,10 @@ class Predictor:
             image_path = str(image)
             checksum = input_checksum(image_path)
             image = load_ct(image_path)
+        else:
+            # load_ct checks files; an image built in memory (for example from a Slicer
+            # volume node) gets the same Hounsfield-unit and geometry checks here.
+            check_ct_image(image, "the in-memory image")
 
         nodule_planes = extract_planes(image, point_lps)
         result = self.predict_planes([nodule_planes], pids=[pid], nodule_ids=[nodule_id])[0]
