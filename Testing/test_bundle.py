@@ -386,12 +386,6 @@ def test_named_pretrained_backbone_not_stored(saved, tmp_path):
     assert BACKBONE_FILE not in manifest["files"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=BundleError,
-    reason="build_model loads backbone_state_dict before removing the text tower, so a vision-only "
-    "backbone (no text keys) is rejected as missing keys; remove this mark once model.py handles it",
-)
 def test_vision_only_round_trip(tmp_path, pixels):
     torch.manual_seed(1)
     config = ModelConfig(backbone="tiny-vit", pretrained=None, vision_only=True)
