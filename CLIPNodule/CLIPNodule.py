@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import qt
 import slicer
 import vtk
 from slicer.i18n import tr as _
 from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -27,9 +29,29 @@ from CLIPNoduleLib import layout, model_registry, parameters, result_nodes, scen
 from CLIPNoduleLib.analysis_logic import AnalysisSession
 from CLIPNoduleLib.install_logic import InstallLogic
 
-CLIPNoduleParameterNode = parameters.parameter_node_class()
-
 POLL_INTERVAL_MS = 200
+
+
+# parameterNodeWrapper reads these annotations with typing.get_type_hints, which looks names
+# up in this module's globals, so the class and every name it uses stay at module level.
+@parameterNodeWrapper
+class CLIPNoduleParameterNode:
+    """Module state saved in the scene.
+
+    resultsTable and reportText are the result nodes of the last run. device is auto,
+    cuda or cpu. modelImageOpacity (0 to 1) is the opacity of the model image overlay
+    in the nine views.
+    """
+
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    inputPoints: slicer.vtkMRMLMarkupsFiducialNode
+    resultsTable: slicer.vtkMRMLTableNode
+    reportText: slicer.vtkMRMLTextNode
+    modelName: str = ""
+    localBundlePath: Path = Path()
+    device: Annotated[str, Choice(list(parameters.DEVICE_CHOICES))] = "auto"
+    modelImageOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    semanticReport: bool = True
 
 
 class CLIPNodule(ScriptedLoadableModule):
@@ -52,6 +74,17 @@ class CLIPNodule(ScriptedLoadableModule):
             "Nodule Malignancy Prediction, Journal of Biomedical Informatics 2025. Backbone: OpenAI CLIP "
             "through open_clip."
         )
+
+        # Register the nine-plane layout once the application is up, so a saved scene that
+        # uses it gets its views back even before this module is opened.
+        slicer.app.connect("startupCompleted()", registerPlanesLayout)
+
+
+def registerPlanesLayout() -> None:
+    """Add the nine-plane layout description to the layout node (no-op without a main window)."""
+    layoutManager = slicer.app.layoutManager()
+    if layoutManager is not None:
+        layout.register_layout(layoutManager.layoutLogic().GetLayoutNode())
 
 
 class CLIPNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -150,14 +183,13 @@ class CLIPNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateAnalyzeButton)
+        # Stop GUI updates while the module is hidden; enter() connects the node again.
+        # Going through setParameterNode also avoids a second removeObserver there, which
+        # VTKObservationMixin reports with a "does not have observer" warning.
+        self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.onCancel()
-        self._observePoints(None)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -171,7 +203,8 @@ class CLIPNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolume:
                 self._parameterNode.inputVolume = firstVolume
-        if not self._parameterNode.modelName:
+        # A scene saved with a model that the registry no longer lists falls back to the first entry.
+        if not self._parameterNode.modelName or self.ui.modelComboBox.findText(self._parameterNode.modelName) < 0:
             self._parameterNode.modelName = self.ui.modelComboBox.itemText(0)
         self.ui.modelComboBox.setCurrentText(self._parameterNode.modelName)
         self.onModelChanged(self._parameterNode.modelName)
@@ -179,7 +212,9 @@ class CLIPNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateAnalyzeButton)
+            self._observePoints(None)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
@@ -190,7 +225,7 @@ class CLIPNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Re-check the Analyze button when points of the selected list are placed or removed."""
         if pointsNode is self._observedPoints:
             return
-        events = (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent)
+        events = [getattr(slicer.vtkMRMLMarkupsNode, name) for name in parameters.POINT_COUNT_EVENT_NAMES]
         if self._observedPoints is not None:
             for event in events:
                 self.removeObserver(self._observedPoints, event, self._updateAnalyzeButton)
@@ -345,6 +380,9 @@ class CLIPNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if sliceWidget is None:
                 continue
             title = sliceNode.GetAttribute(scene_logic.VIEW_TITLE_ATTRIBUTE) or ""
+            # NOTE: with slice view annotations on (DataProbe module), Slicer rewrites all four
+            # corner texts when a view changes, which can erase this title. The attention
+            # table shows the same values.
             view = sliceWidget.sliceView()
             view.cornerAnnotation().SetText(vtk.vtkCornerAnnotation.UpperLeft, title)
             view.forceRender()
@@ -410,6 +448,9 @@ class CLIPNoduleLogic(ScriptedLoadableModuleLogic):
         if params.model_name == parameters.LOCAL_BUNDLE_CHOICE:
             return Path(params.local_bundle_path)
         dialog = getattr(progress, "dialog", None)
+        # NOTE: a first-use download runs here on the GUI thread. The progress callback
+        # processes Qt events between chunks, so the dialog and its Cancel button respond,
+        # but the rest of the application waits until the download ends.
         try:
             return model_registry.ensure_bundle(
                 self.registry().entry(params.model_name),
@@ -421,7 +462,12 @@ class CLIPNoduleLogic(ScriptedLoadableModuleLogic):
                 dialog.close()
 
     def startAnalysis(self, parameterNode, bundle) -> int:
-        return self.session.start(parameterNode.inputVolume, parameterNode.inputPoints, bundle, parameterNode.device)
+        requestId = self.session.start(
+            parameterNode.inputVolume, parameterNode.inputPoints, bundle, parameterNode.device
+        )
+        # Reference the result nodes from the parameter node so a saved scene keeps the link.
+        parameterNode.resultsTable, parameterNode.reportText = self.session.output_nodes()
+        return requestId
 
     def isRunning(self) -> bool:
         return self.session.current_request is not None and self.session.runner.running
@@ -430,7 +476,7 @@ class CLIPNoduleLogic(ScriptedLoadableModuleLogic):
         return self.session.handle_events(self.session.runner.poll())
 
     def cancel(self) -> None:
-        self.session.runner.cancel()
+        self.session.cancel()
 
     def shutdown(self) -> None:
         self.session.runner.stop()
@@ -446,8 +492,8 @@ class CLIPNoduleLogic(ScriptedLoadableModuleLogic):
         return self.session.show_nodule(label, opacity)
 
     def showPlanesLayout(self) -> None:
+        registerPlanesLayout()
         layoutManager = slicer.app.layoutManager()
-        layout.register_layout(layoutManager.layoutLogic().GetLayoutNode())
         if layoutManager.layout != layout.CLIPNODULE_LAYOUT_ID:
             self._previousLayout = layoutManager.layout
             layoutManager.setLayout(layout.CLIPNODULE_LAYOUT_ID)
@@ -465,14 +511,47 @@ class CLIPNoduleLogic(ScriptedLoadableModuleLogic):
 
 
 class CLIPNoduleTest(ScriptedLoadableModuleTest):
-    """Self-test run from the Reload and Test button: scene logic on a synthetic CT, no model needed."""
+    """Self-test run from the Reload and Test button: parameter node and scene logic on a synthetic CT, no model needed."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
+        self.test_parameter_node()
+        self.setUp()
         self.test_volume_and_views()
+
+    def test_parameter_node(self):
+        """The parameterNodeWrapper class builds, stores typed values and validates them."""
+        import numpy as np
+
+        self.delayDisplay("Checking the parameter node")
+        parameterNode = CLIPNoduleLogic().getParameterNode()
+        self.assertEqual(parameterNode.device, "auto")
+        self.assertEqual(parameterNode.modelImageOpacity, 0.0)
+
+        volume = slicer.util.addVolumeFromArray(np.full((4, 4, 4), -1000, dtype=np.int16), name="CT")
+        points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Nodules")
+        points.AddControlPoint(1.0, 1.0, 1.0, "N1")
+        parameterNode.inputVolume = volume
+        parameterNode.inputPoints = points
+        parameterNode.modelName = parameters.LOCAL_BUNDLE_CHOICE
+        parameterNode.localBundlePath = Path("bundle folder")
+        parameterNode.device = "cpu"
+        parameterNode.modelImageOpacity = 0.25
+
+        values = parameters.parameters_from_node(parameterNode)
+        self.assertEqual(values.volume_name, "CT")
+        self.assertEqual(values.markups_name, "Nodules")
+        self.assertEqual(values.defined_point_count, 1)
+        self.assertEqual(values.local_bundle_path, "bundle folder")
+        self.assertEqual(values.device, "cpu")
+        self.assertAlmostEqual(values.model_image_opacity, 0.25)
+        with self.assertRaises(ValueError):
+            parameterNode.device = "tpu"
+        with self.assertRaises(ValueError):
+            parameterNode.modelImageOpacity = 1.5
 
     def test_volume_and_views(self):
         import numpy as np

@@ -103,6 +103,7 @@ class CLIPNoduleTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.startButton.connect("clicked(bool)", self.onStart)
         self.ui.stopButton.connect("clicked(bool)", self.onStop)
         self.ui.useBundleButton.connect("clicked(bool)", self.onUseBundle)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self._pollTimer = qt.QTimer()
@@ -111,36 +112,49 @@ class CLIPNoduleTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        # Called when Slicer exits or the module is reloaded: nothing would watch the run any
+        # more, so stop it (Resume continues from the last finished epoch).
         self.removeObservers()
         if self._pollTimer is not None:
             self._pollTimer.stop()
+        if self.logic is not None:
+            self.logic.stop()
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        # Stop GUI updates while the module is hidden; enter() connects the node again.
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        # The scene close removes the parameter node, so stop using it.
+        self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-        self._parameterNode = self.logic.getParameterNode()
-        self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-        self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-        self._updateButtons()
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._updateButtons()
 
     def _options(self) -> training_process.TrainingOptions:
         return self.logic.options(self._parameterNode, self.ui.backboneComboBox.currentText)
 
     def _updateButtons(self, caller=None, event=None) -> None:
+        if self._parameterNode is None:
+            return
         valid, reason = self._options().isValid()
         running = self.logic.isRunning()
         self.ui.startButton.enabled = valid and not running

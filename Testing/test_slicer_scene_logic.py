@@ -168,6 +168,40 @@ def test_markups_points_ras_to_lps(scene):
     np.testing.assert_allclose(points[1].point_lps, [5.0, -4.0, 3.0])
 
 
+def test_point_count_events_cover_changes(scene):
+    # The Analyze button is re-checked on these events only, so every change of the placed
+    # point count must raise at least one of them.
+    import types
+
+    from CLIPNoduleLib import parameters
+
+    markups = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "points")
+    fired = []
+    for name in parameters.POINT_COUNT_EVENT_NAMES:
+        event = getattr(slicer.vtkMRMLMarkupsNode, name)
+        markups.AddObserver(event, lambda caller, event_id, name=name: fired.append(name))
+    parameter_node = types.SimpleNamespace(
+        inputVolume=None, inputPoints=markups, modelName="", localBundlePath="", device="auto",
+        modelImageOpacity=0.0, semanticReport=True,
+    )
+
+    def placed_count() -> int:
+        return parameters.parameters_from_node(parameter_node).defined_point_count
+
+    changes = {
+        "place": lambda: markups.AddControlPoint(1.0, 2.0, 3.0, "N1"),
+        "unset": lambda: markups.UnsetNthControlPointPosition(0),
+        "place again": lambda: markups.SetNthControlPointPosition(0, 1.0, 2.0, 3.0),
+        "delete": lambda: markups.RemoveNthControlPoint(0),
+    }
+    expected_counts = {"place": 1, "unset": 0, "place again": 1, "delete": 0}
+    for change, apply_change in changes.items():
+        fired.clear()
+        apply_change()
+        assert placed_count() == expected_counts[change], change
+        assert fired, f"no observed event after '{change}'"
+
+
 def test_markups_without_points_rejected(scene):
     markups = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "empty list")
     with pytest.raises(ValueError, match="no placed points"):
@@ -448,6 +482,42 @@ def test_worker_process_end_to_end(scene, ct_path, case_row, tiny_bundle, scored
     composite = scene_logic.plane_slice_composite_nodes(scene)[0]
     assert composite.GetBackgroundVolumeID() == volume.GetID()
     assert composite.GetForegroundOpacity() == pytest.approx(0.4)
+
+
+def test_cancel_is_not_reported_as_crash(scene, tmp_path):
+    import time
+
+    runner = AnalysisRunner()
+    session = AnalysisSession(scene, runner=runner, work_dir=tmp_path)
+    runner.start()
+    deadline = time.monotonic() + 60.0
+    ready = []
+    while not ready and time.monotonic() < deadline:
+        ready = [event for event in runner.poll() if event.get("event") == "ready"]
+        time.sleep(0.05)
+    assert ready, "the worker process did not start"
+
+    # Stands for a request in progress; a real predict request needs a model bundle.
+    session.current_request = 7
+    session.cancel()
+    assert not runner.running
+
+    events = []
+    while time.monotonic() < deadline and {"exited", "cancelled"} - {event.get("event") for event in events}:
+        events += runner.poll()
+        time.sleep(0.05)
+    exited = [event for event in events if event.get("event") == "exited"]
+    cancelled = [event for event in events if event.get("event") == "cancelled"]
+    assert exited and cancelled
+
+    # Worst order for the panel: the kill's exit status arrives in an earlier poll than "cancelled".
+    first = session.handle_events(exited)
+    assert first.error is None
+    assert not first.finished
+    second = session.handle_events(cancelled)
+    assert second.finished
+    assert second.error == "Cancelled."
+    assert session.current_request is None
 
 
 def test_worker_rejects_bad_requests():

@@ -8,6 +8,7 @@ real parameter. CMake must ship every script.
 from __future__ import annotations
 
 import ast
+import builtins
 import py_compile
 import re
 import struct
@@ -21,7 +22,7 @@ MODULES = {
     "CLIPNodule": {
         "ui": ROOT / "CLIPNodule" / "Resources" / "UI" / "CLIPNodule.ui",
         "module": ROOT / "CLIPNodule" / "CLIPNodule.py",
-        "parameters_source": ROOT / "CLIPNodule" / "CLIPNoduleLib" / "parameters.py",
+        "parameters_source": ROOT / "CLIPNodule" / "CLIPNodule.py",
         "parameters_class": "CLIPNoduleParameterNode",
     },
     "CLIPNoduleTraining": {
@@ -86,6 +87,45 @@ def test_bound_widgets_name_parameters(module_name):
     assert bound
     unknown = [(widget, name) for widget, name in bound if name not in fields]
     assert not unknown, f"widgets bound to unknown parameters: {unknown}"
+
+
+def module_level_names(tree: ast.Module) -> set[str]:
+    """Return the names bound at the top level of a module: imports, assignments, functions, classes."""
+    names = set()
+    for statement in tree.body:
+        if isinstance(statement, (ast.Import, ast.ImportFrom)):
+            for alias in statement.names:
+                names.add((alias.asname or alias.name).split(".")[0])
+        elif isinstance(statement, (ast.FunctionDef, ast.ClassDef)):
+            names.add(statement.name)
+        elif isinstance(statement, ast.Assign):
+            names.update(target.id for target in statement.targets if isinstance(target, ast.Name))
+        elif isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
+            names.add(statement.target.id)
+    return names
+
+
+@pytest.mark.parametrize("module_name", sorted(MODULES))
+def test_parameter_annotations_resolve_at_module_level(module_name):
+    # parameterNodeWrapper calls typing.get_type_hints on the class. With postponed
+    # annotations that looks names up in the defining module's globals only, so a class
+    # nested in a function, or a name imported inside one, fails when Slicer loads the module.
+    paths = MODULES[module_name]
+    tree = ast.parse(paths["parameters_source"].read_text(encoding="utf-8"))
+    top_level_classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert paths["parameters_class"] in top_level_classes, "the parameter node class must be defined at module level"
+
+    wrapper = top_level_classes[paths["parameters_class"]]
+    decorators = {ast.unparse(decorator) for decorator in wrapper.decorator_list}
+    assert "parameterNodeWrapper" in decorators
+
+    known = module_level_names(tree) | set(dir(builtins))
+    for item in wrapper.body:
+        if not isinstance(item, ast.AnnAssign):
+            continue
+        used = {node.id for node in ast.walk(item.annotation) if isinstance(node, ast.Name)}
+        unresolved = sorted(used - known)
+        assert not unresolved, f"{item.target.id}: {unresolved} are not module-level names"
 
 
 @pytest.mark.parametrize("module_name", sorted(MODULES))
@@ -241,3 +281,48 @@ def test_analysis_parameters_valid(tmp_path):
     local_choice = AnalysisParameters("CT", "Nodules", 1, model_name=LOCAL_BUNDLE_CHOICE, local_bundle_path=str(tmp_path))
     assert registry_choice.isValid(known_models=("demo",)) == (True, "")
     assert local_choice.isValid() == (True, "")
+
+
+HEAVY_PACKAGES = ("torch", "torchvision", "open_clip", "peft", "pip")
+
+
+@pytest.mark.parametrize("path", [MODULES[name]["module"] for name in MODULES], ids=lambda path: path.name)
+def test_module_file_imports_no_heavy_package(path):
+    # Slicer imports every module file at startup, before any package is installed.
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    imported = set()
+    for statement in tree.body:
+        if isinstance(statement, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in statement.names)
+        elif isinstance(statement, ast.ImportFrom) and statement.module:
+            imported.add(statement.module.split(".")[0])
+    assert not imported & set(HEAVY_PACKAGES), sorted(imported & set(HEAVY_PACKAGES))
+
+
+def test_logic_packages_import_without_torch():
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        f"for name in {HEAVY_PACKAGES!r}:\n"
+        "    sys.modules[name] = None  # any import of it raises ImportError\n"
+        "import importlib\n"
+        "for name in ['analysis_logic', 'analysis_runner', 'install_logic', 'layout', 'model_registry',\n"
+        "             'parameters', 'predict_worker', 'result_nodes', 'scene_logic', 'slice_orientation']:\n"
+        "    importlib.import_module('CLIPNoduleLib.' + name)\n"
+        "for name in ['loss_plot', 'training_process']:\n"
+        "    importlib.import_module('CLIPNoduleTrainingLib.' + name)\n"
+        "print('imported')\n"
+    )
+    environment_path = os.pathsep.join([str(ROOT / "CLIPNodule"), str(ROOT / "CLIPNoduleTraining")])
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": environment_path, "PATH": os.environ.get("PATH", "")},
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "imported"

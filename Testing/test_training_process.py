@@ -225,3 +225,33 @@ def test_loss_chart_nodes(tmp_path):
     loss_plot.update_loss_chart(scene, rows)
     assert scene.GetNumberOfNodesByClass("vtkMRMLPlotSeriesNode") == 4
     assert scene.GetFirstNodeByName(f"{loss_plot.CHART_NAME} fold 1").GetNumberOfRows() == 2
+
+
+def test_loss_chart_line_styles():
+    slicer = pytest.importorskip("slicer", reason="slicer-core (the MRML wheel) is not installed")
+    from CLIPNoduleTrainingLib import loss_plot
+
+    scene = slicer.vtkMRMLScene()
+    loss_plot.update_loss_chart(scene, {0: [{"epoch": 1.0, "train_loss": 1.0, "val_loss": 1.2}]})
+
+    train = scene.GetFirstNodeByName("fold 0 train")
+    validation = scene.GetFirstNodeByName("fold 0 validation")
+    assert train.GetLineStyle() == slicer.vtkMRMLPlotSeriesNode.LineStyleSolid
+    assert validation.GetLineStyle() == slicer.vtkMRMLPlotSeriesNode.LineStyleDash
+    assert train.GetLineStyleAsString(train.GetLineStyle()) == "solid"
+    assert validation.GetLineStyleAsString(validation.GetLineStyle()) == "dash"
+
+
+def test_loss_chart_ignores_same_name_other_class():
+    slicer = pytest.importorskip("slicer", reason="slicer-core (the MRML wheel) is not installed")
+    from CLIPNoduleTrainingLib import loss_plot
+
+    scene = slicer.vtkMRMLScene()
+    user_table = scene.AddNewNodeByClass("vtkMRMLTableNode", "fold 0 train")
+    chart = loss_plot.update_loss_chart(scene, {0: [{"epoch": 1.0, "train_loss": 1.0, "val_loss": 1.2}]})
+
+    series_ids = [chart.GetNthPlotSeriesNodeID(index) for index in range(chart.GetNumberOfPlotSeriesNodes())]
+    assert user_table.GetID() not in series_ids
+    assert len(series_ids) == 2
+    for series_id in series_ids:
+        assert scene.GetNodeByID(series_id).IsA("vtkMRMLPlotSeriesNode")

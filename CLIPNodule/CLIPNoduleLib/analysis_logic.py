@@ -149,6 +149,15 @@ class AnalysisSession:
             self.scene, frames, self.volume_node, result.get("attention"), model_images, model_image_opacity
         )
 
+    def cancel(self) -> None:
+        """Kill the worker and forget the running request.
+
+        The request is cleared first, so the worker's "exited" event that follows the kill
+        is not reported as a crash; the runner's "cancelled" event ends the run.
+        """
+        self.current_request = None
+        self.runner.cancel()
+
     def handle_events(self, events: Sequence[dict[str, Any]]) -> AnalysisUpdate:
         """Apply worker events to the scene and return what the panel should show."""
         update = AnalysisUpdate()
@@ -175,6 +184,7 @@ class AnalysisSession:
             elif kind == "exited" and self.current_request is not None and not update.finished:
                 update.error = f"The prediction worker exited (status {event.get('returncode')}); see the log."
                 update.finished = True
+                self.current_request = None
             elif kind == "cancelled":
                 update.error = "Cancelled."
                 update.finished = True

@@ -1,9 +1,9 @@
-"""Typed parameters of the CLIPNodule module: a plain dataclass that validates, and its parameter node.
+"""Typed parameters of the CLIPNodule module: a plain dataclass that validates, and its copy from the parameter node.
 
 `AnalysisParameters` has no Slicer imports and is what the logic and the tests use.
-`parameter_node_class()` builds the `parameterNodeWrapper` class that the module binds
-to its widgets; it imports `slicer.parameterNodeWrapper`, which only the Slicer
-application provides, when called.
+The `parameterNodeWrapper` class itself (`CLIPNoduleParameterNode`) is defined at the
+top level of CLIPNodule.py, because `slicer.parameterNodeWrapper` needs Qt and resolves
+the field annotations against the globals of the module that defines the class.
 """
 
 from __future__ import annotations
@@ -13,6 +13,14 @@ from pathlib import Path
 
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cuda", "cpu")
 LOCAL_BUNDLE_CHOICE = "Local bundle folder..."
+
+# vtkMRMLMarkupsNode events after which the number of placed points can differ: a point was
+# placed, unset (position undefined again) or deleted.
+POINT_COUNT_EVENT_NAMES: tuple[str, ...] = (
+    "PointPositionDefinedEvent",
+    "PointPositionUndefinedEvent",
+    "PointRemovedEvent",
+)
 
 
 @dataclasses.dataclass
@@ -33,6 +41,8 @@ class AnalysisParameters:
     local_bundle_path: str = ""
     device: str = "auto"
     model_image_opacity: float = 0.0
+    # NOTE: no widget sets semantic_report and the worker request does not carry it, so the
+    # worker always returns the zero-shot report that the predictor computes.
     semantic_report: bool = True
 
     def isValid(self, known_models: tuple[str, ...] | list[str] = ()) -> tuple[bool, str]:
@@ -59,33 +69,6 @@ class AnalysisParameters:
         elif known_models and self.model_name not in known_models:
             return False, f"Unknown model {self.model_name!r}; choose one of {', '.join(known_models)}."
         return True, ""
-
-
-def parameter_node_class():
-    """Build and return the module's `parameterNodeWrapper` class (needs the Slicer application).
-
-    Fields: inputVolume, inputPoints, resultsTable, reportText, modelName,
-    localBundlePath, device (auto, cuda or cpu), modelImageOpacity (0 to 1) and
-    semanticReport.
-    """
-    from typing import Annotated
-
-    import slicer
-    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-
-    @parameterNodeWrapper
-    class CLIPNoduleParameterNode:
-        inputVolume: slicer.vtkMRMLScalarVolumeNode
-        inputPoints: slicer.vtkMRMLMarkupsFiducialNode
-        resultsTable: slicer.vtkMRMLTableNode
-        reportText: slicer.vtkMRMLTextNode
-        modelName: str = ""
-        localBundlePath: Path = Path()
-        device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
-        modelImageOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
-        semanticReport: bool = True
-
-    return CLIPNoduleParameterNode
 
 
 def parameters_from_node(parameter_node) -> AnalysisParameters:

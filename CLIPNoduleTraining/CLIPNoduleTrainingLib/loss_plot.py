@@ -22,7 +22,10 @@ FOLD_COLORS: tuple[tuple[float, float, float], ...] = (
 
 
 def _get_or_add(scene, class_name: str, name: str):
-    return scene.GetFirstNodeByName(name) or scene.AddNewNodeByClass(class_name, name)
+    # Match the class too: a user's node of another type may have the same name.
+    for node in scene.GetNodesByClassByName(class_name, name):
+        return node
+    return scene.AddNewNodeByClass(class_name, name)
 
 
 def _fill_table(table_node, rows: Sequence[dict[str, float]]) -> None:
@@ -49,6 +52,8 @@ def update_loss_chart(scene, rows_by_fold: dict[int, list[dict[str, float]]]):
 
     Returns the vtkMRMLPlotChartNode.
     """
+    import slicer
+
     chart = _get_or_add(scene, "vtkMRMLPlotChartNode", CHART_NAME)
     chart.SetTitle("Training and validation loss per fold")
     chart.SetXAxisTitle("epoch")
@@ -59,9 +64,11 @@ def update_loss_chart(scene, rows_by_fold: dict[int, list[dict[str, float]]]):
         table = _get_or_add(scene, "vtkMRMLTableNode", f"{CHART_NAME} fold {fold}")
         _fill_table(table, rows_by_fold[fold])
         color = FOLD_COLORS[fold % len(FOLD_COLORS)]
+        # The enum values themselves: GetLineStyleFromString only accepts the lower-case
+        # names ("solid", "dash") and returns -1 for anything else.
         for column, label, line_style in (
-            ("train_loss", "train", "Solid"),
-            ("val_loss", "validation", "Dash"),
+            ("train_loss", "train", slicer.vtkMRMLPlotSeriesNode.LineStyleSolid),
+            ("val_loss", "validation", slicer.vtkMRMLPlotSeriesNode.LineStyleDash),
         ):
             series = _get_or_add(scene, "vtkMRMLPlotSeriesNode", f"fold {fold} {label}")
             series.SetAndObserveTableNodeID(table.GetID())
@@ -69,7 +76,7 @@ def update_loss_chart(scene, rows_by_fold: dict[int, list[dict[str, float]]]):
             series.SetYColumnName(column)
             series.SetPlotType(series.PlotTypeScatter)
             series.SetMarkerStyle(series.MarkerStyleNone)
-            series.SetLineStyle(series.GetLineStyleFromString(line_style))
+            series.SetLineStyle(line_style)
             series.SetColor(*color)
             series_ids.append(series.GetID())
 
