@@ -100,6 +100,27 @@ def test_bundle_writes_only_safetensors_and_manifest(saved):
     assert not [name for name in names if name.endswith((".pt", ".pth", ".pkl", ".bin"))]
 
 
+def test_bundle_files_world_readable(saved):
+    folder = saved["folder"]
+    for file in folder.iterdir():
+        assert file.stat().st_mode & 0o044 == 0o044, f"{file.name} is not readable by group and others"
+
+
+def test_model_card_not_warned(saved, tmp_path, caplog):
+    import shutil
+
+    folder = tmp_path / "with-card"
+    shutil.copytree(saved["folder"], folder)
+    (folder / "MODEL_CARD.md").write_text("# card\n")
+    (folder / "stray.bin").write_bytes(b"x")
+
+    with caplog.at_level("WARNING", logger="clipnodule.bundle"):
+        load_bundle(folder, folds=[0])
+    warnings = " ".join(record.getMessage() for record in caplog.records)
+    assert "stray.bin" in warnings
+    assert "MODEL_CARD.md" not in warnings
+
+
 def test_manifest_contents(saved):
     manifest = read_manifest(saved["folder"])
 

@@ -149,6 +149,7 @@ def save_bundle(
     if needs_backbone_file:
         backbone_path = folder / BACKBONE_FILE
         save_file(_contiguous_cpu(backbone_state_dict), str(backbone_path), metadata={"format": "pt"})
+        _make_world_readable(backbone_path)
         files[BACKBONE_FILE] = sha256_file(backbone_path)
 
     folds = []
@@ -156,6 +157,7 @@ def save_bundle(
         file_name = FOLD_FILE_PATTERN.format(index=index)
         fold_path = folder / file_name
         save_file(_contiguous_cpu(state_dict), str(fold_path), metadata={"format": "pt", "fold": str(index)})
+        _make_world_readable(fold_path)
         files[file_name] = sha256_file(fold_path)
 
         entry: dict[str, Any] = {
@@ -257,6 +259,12 @@ def _prepare_folder(folder: Path, overwrite: bool) -> None:
 def _is_fold_file_name(file_name: str) -> bool:
     stem = file_name.removesuffix(".safetensors")
     return file_name.endswith(".safetensors") and stem.startswith("fold_") and stem[5:].isdigit()
+
+
+def _make_world_readable(path: Path) -> None:
+    # safetensors 0.8 writes through a private temporary file (mode 0600); a bundle is
+    # shared read-only data, for example inside an installed Slicer extension.
+    path.chmod(0o644)
 
 
 def _contiguous_cpu(state_dict: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
@@ -429,9 +437,11 @@ def verify_bundle_files(path: str | Path, manifest: dict[str, Any] | None = None
                 f"lists {expected}; the file is truncated or modified. Re-download or re-export the bundle"
             )
 
+    # Documentation beside the weights (a model card, a README) is expected and never loaded.
     unlisted = sorted(
         item.name for item in folder.iterdir()
         if item.is_file() and item.name != MANIFEST_FILE and item.name not in manifest["files"]
+        and item.suffix.lower() not in {".md", ".txt"}
     )
     if unlisted:
         logger.warning("Ignoring files in %s that the manifest does not list: %s", folder, ", ".join(unlisted))
