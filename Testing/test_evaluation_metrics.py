@@ -24,7 +24,7 @@ from clipnodule.evaluation.recall_table import operating_points, recall_table
 from clipnodule.evaluation.statistics import (compare_models, friedman_test, mean_ranks,
                                               nemenyi_critical_difference, nemenyi_test, summarize_folds,
                                               wilcoxon_signed_rank)
-from clipnodule.evaluation.zero_shot_metrics import (evaluate_feature, feature_value_columns,
+from clipnodule.evaluation.zero_shot_metrics import (evaluate_feature, evaluate_zero_shot, feature_value_columns,
                                                      weighted_ovr_auroc)
 
 # Hand-worked example: five malignant, five benign, scores all distinct.
@@ -321,6 +321,32 @@ def test_zero_shot_binary_and_prefix_rules():
                "zeroshot_margin_conspicuity_poorly"]
     margin = feature_value_columns(columns, "margin", ["margin", "margin_conspicuity"])
     assert margin == {"smooth": "zeroshot_margin_smooth", "spiculated": "zeroshot_margin_spiculated"}
+
+
+def test_zero_shot_most_likely_columns_skipped():
+    # The cohort CSV has one most-likely text column per feature beside the probabilities.
+    columns = ["zeroshot_margin_smooth", "zeroshot_margin", "zeroshot_margin_conspicuity_well_marginated",
+               "zeroshot_margin_conspicuity"]
+    margin = feature_value_columns(columns, "margin", ["margin", "margin_conspicuity"])
+    conspicuity = feature_value_columns(columns, "margin_conspicuity", ["margin", "margin_conspicuity"])
+
+    assert margin == {"smooth": "zeroshot_margin_smooth"}
+    assert conspicuity == {"well_marginated": "zeroshot_margin_conspicuity_well_marginated"}
+
+
+def test_zero_shot_feature_spelling_matched():
+    predictions = pd.DataFrame({
+        "pid": ["a", "b", "c", "d"],
+        "zeroshot_airway_cut_off_present": [0.9, 0.2, 0.7, 0.4],
+        "zeroshot_airway_cut_off_absent": [0.1, 0.8, 0.3, 0.6],
+        "zeroshot_airway_cut_off": ["present", "absent", "present", "absent"],
+    })
+    labels = pd.DataFrame({"pid": ["a", "b", "c", "d"], "airway_cutoff": ["present", "absent", "absent", "present"]})
+
+    results = evaluate_zero_shot(labels, predictions)
+
+    assert [result.feature for result in results] == ["airway_cutoff"]
+    assert results[0].auroc == pytest.approx(roc_auc_score([1, 0, 0, 1], [0.9, 0.2, 0.7, 0.4]))
 
     predictions = pd.DataFrame({"zeroshot_cavitation_present": [0.9, 0.2, 0.6, 0.4, 0.5],
                                 "zeroshot_cavitation_absent": [0.1, 0.8, 0.4, 0.6, 0.5]})

@@ -89,12 +89,7 @@ class Predictor:
 
         bundle_path = Path(path) if path is not None else default_bundle_path()
         resolved = resolve_device(device)
-        started = time.perf_counter()
         bundle = load_bundle(bundle_path, device=resolved, folds=list(folds) if folds is not None else None)
-        logger.info(
-            "Loaded bundle %s (%d folds) on %s in %.1f s",
-            bundle_path, len(bundle.folds), resolved, time.perf_counter() - started,
-        )
         return cls(bundle, device=resolved)
 
     def predict(

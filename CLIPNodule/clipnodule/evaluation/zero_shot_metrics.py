@@ -52,6 +52,10 @@ def normalize_value_name(value: object) -> str:
     return re.sub(r"[^a-z0-9]+", "_", str(value).strip().lower()).strip("_")
 
 
+def _compact_name(name: str) -> str:
+    return "".join(character for character in name.lower() if character.isalnum())
+
+
 def feature_value_columns(columns: list[str], feature: str, features: list[str]) -> dict[str, str]:
     """Return {value: column} of the `zeroshot_<feature>_<value>` columns of `feature`.
 
@@ -63,9 +67,11 @@ def feature_value_columns(columns: list[str], feature: str, features: list[str])
                        if other != feature]
     longer_prefixes = [other for other in longer_prefixes if other.startswith(prefix) and other != prefix]
 
+    # Appending "_" also matches the longer feature's own most-likely column
+    # (`zeroshot_margin_conspicuity`, which holds text, not a probability).
     value_columns: dict[str, str] = {}
     for column in columns:
-        if column.startswith(prefix) and not any(column.startswith(other) for other in longer_prefixes):
+        if column.startswith(prefix) and not any(f"{column}_".startswith(other) for other in longer_prefixes):
             value_columns[column[len(prefix):]] = column
     return value_columns
 
@@ -171,9 +177,19 @@ def evaluate_zero_shot(semantic_labels: pd.DataFrame, predictions: pd.DataFrame,
         raise InputError(f"no prediction rows match the rows of {source} on {' and '.join(keys)}; "
                          "check that both files use the same ids")
 
+    # Label columns and prompt features may spell a name differently ("airway_cutoff"
+    # against "airway cut-off"); the predictions' most-likely text columns name each
+    # prompt feature, so names are matched with separators removed.
+    prompt_features = {
+        _compact_name(column[len(ZERO_SHOT_PREFIX):]): column[len(ZERO_SHOT_PREFIX):]
+        for column in prediction_columns
+        if not pd.api.types.is_numeric_dtype(predictions[column])
+    }
+    matched = {feature: prompt_features.get(_compact_name(feature), feature) for feature in features}
+
     results: list[ZeroShotFeatureResult] = []
     for feature in features:
-        value_columns = feature_value_columns(prediction_columns, feature, features)
+        value_columns = feature_value_columns(prediction_columns, matched[feature], list(matched.values()))
         if len(value_columns) < 2:
             logger.info("Skipping semantic feature '%s': no zero-shot prediction columns for it", feature)
             continue
