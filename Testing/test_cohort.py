@@ -294,3 +294,33 @@ def test_patient_rows_fall_back_to_raw_ensemble() -> None:
 def test_cohort_rejects_invalid_batch_size(dataset_csv: Path, predictor: Predictor, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="batch size must be at least 1, got 0"):
         run_cohort(dataset_csv, tmp_path, predictor=predictor, batch_size=0, progress=False)
+
+
+def test_cohort_output_feeds_evaluate(first_run, tmp_path: Path) -> None:
+    """The nodules.csv of a cohort run is a valid input of `clipnodule evaluate`, zero-shot included."""
+    output, _ = first_run
+    nodules = pd.read_csv(output / NODULES_FILE, dtype={"pid": str, "nodule_id": str})
+    labels = nodules[["pid", "nodule_id"]].copy()
+    labels["malignant"] = [index % 2 for index in range(len(labels))]
+    labels["margin_conspicuity"] = ["well marginated", "poorly marginated"] * (len(labels) // 2) + (
+        ["well marginated"] if len(labels) % 2 else []
+    )
+    labels["airway_cutoff"] = ["present", "absent"] * (len(labels) // 2) + (["absent"] if len(labels) % 2 else [])
+    labels_path = tmp_path / "labels.csv"
+    labels.to_csv(labels_path, index=False)
+
+    status = cli_main([
+        "evaluate", "--predictions", str(output / NODULES_FILE), "--labels", str(labels_path),
+        "--semantic-labels", str(labels_path), "--level", "nodule", "--bootstraps", "200",
+        "--output", str(tmp_path / "report"),
+    ])
+
+    assert status == 0
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Margin conspicuity" in report
+    assert "Airway cutoff" in report
+    zero_shot = {entry["feature"]: entry for entry in metrics["models"][0]["zero_shot"]}
+    assert set(zero_shot) == {"margin_conspicuity", "airway_cutoff"}
+    assert zero_shot["margin_conspicuity"]["auroc"] is not None
+    assert zero_shot["airway_cutoff"]["auroc"] is not None
