@@ -172,6 +172,33 @@ def test_missing_point_message(capsys):
     assert "--point X Y Z" in captured.err
 
 
+def test_output_existing_file_rejected(example_ct, tmp_path, capsys):
+    existing = tmp_path / "afile"
+    existing.write_text("not a folder")
+    point = [str(value) for value in example_ct.nodule_center_lps]
+
+    status = main([
+        "predict", "--image", str(example_ct.image_path), "--point", *point,
+        "--bundle", str(tmp_path / "no-bundle-needed"), "--output", str(existing),
+    ])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert "is an existing file" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_missing_image_fails_before_bundle(tmp_path, capsys):
+    # The bundle path does not exist either: the CT error must come first.
+    status = main([
+        "predict", "--image", str(tmp_path / "absent.nrrd"), "--point", "0", "0", "0",
+        "--bundle", str(tmp_path / "absent-bundle"), "--output", str(tmp_path / "out"),
+    ])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert "absent.nrrd" in captured.err
+    assert "absent-bundle" not in captured.err
+
+
 def test_corrupt_bundle_rejected(tiny_bundle, tmp_path, example_ct, capsys):
     import shutil
 

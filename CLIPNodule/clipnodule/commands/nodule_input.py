@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from ..coordinates import CoordinateSystem
 from ..errors import InputError
@@ -42,6 +43,22 @@ def resolve_nodule_arguments(args: argparse.Namespace) -> tuple[str, list[float]
         example = fetch_example_ct()
         return str(example.image_path), list(example.nodule_center_lps), "LPS"
 
-    if not args.image or args.point is None:
+    if not args.image and args.point is None:
         raise InputError("Give --image PATH and --point X Y Z (or --example for the bundled example CT).")
+    if not args.image:
+        raise InputError("--image is missing: give the CT file or DICOM folder of the point (or use --example).")
+    if args.point is None:
+        raise InputError("--point X Y Z is missing: give the nodule centre in mm (or use --example).")
     return args.image, list(args.point), args.coordinate_system
+
+
+def prepare_output_dir(path: str) -> Path:
+    """Create the --output folder before any slow work, so a bad path fails at once."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--output {path} is an existing file; give the path of a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"Cannot create the output folder {path}: {error.strerror}; choose another --output.") from None
+    return folder

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from .nodule_input import add_nodule_arguments, resolve_nodule_arguments
+from .nodule_input import add_nodule_arguments, prepare_output_dir, resolve_nodule_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write the nine 224 x 224 planes the model sees (planes.npy, planes.png)",
         description=(
             "Cut the nine planes through the nodule and write planes.npy (9 x 224 x 224 float32 "
-            "after the [-1000, 500] HU window scaled to [0, 1], before CLIP normalisation) and planes.png."
+            "after the [-1000, 500] HU window scaled to [0, 1], before CLIP normalisation; the cubic-spline "
+            "sampling of the oblique planes can overshoot that range slightly, as in the published "
+            "pipeline) and planes.png."
         ),
     )
     add_nodule_arguments(parser)
@@ -34,10 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from ..preprocess import extract_planes
 
     image_path, point, system = resolve_nodule_arguments(args)
+    output = prepare_output_dir(args.output)
     nodule = extract_planes(load_ct(image_path), to_lps(point, system))
 
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
     np.save(output / "planes.npy", nodule.planes.astype(np.float32))
     save_planes_png(nodule.planes, output / "planes.png", PLANE_NAMES, title="Model input planes")
     print(f"Wrote {output / 'planes.npy'} and {output / 'planes.png'}")

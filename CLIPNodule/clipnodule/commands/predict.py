@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from ..devices import DEVICE_CHOICES
-from .nodule_input import add_nodule_arguments, resolve_nodule_arguments
+from .nodule_input import add_nodule_arguments, prepare_output_dir, resolve_nodule_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +29,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `clipnodule predict`."""
+    from ..coordinates import to_lps
+    from ..ct_checks import check_point_inside
+    from ..image_io import load_ct
     from ..outputs import write_result_files
-    from ..predictor import Predictor
+    from ..predictor import Predictor, input_checksum
 
-    image, point, system = resolve_nodule_arguments(args)
+    # Check the output folder, the CT and the point before the model loads, so that a
+    # wrong input fails within a second.
+    image_path, point, system = resolve_nodule_arguments(args)
+    output = prepare_output_dir(args.output)
+    image = load_ct(image_path)
+    point_lps = to_lps(point, system)
+    check_point_inside(image, point_lps)
+
     predictor = Predictor.from_bundle(args.bundle, device=args.device)
-    result = predictor.predict(image, point, coordinate_system=system, pid=args.pid, nodule_id=args.nodule_id)
-    write_result_files(result, args.output)
+    result = predictor.predict(image, point_lps, pid=args.pid, nodule_id=args.nodule_id)
+    result.image_path = image_path
+    result.input_sha256 = input_checksum(image_path)
+    write_result_files(result, output)
 
     calibration = "calibrated" if result.calibrated else "uncalibrated"
     print(f"{calibration} risk {result.risk:.4f} ({result.model_name} {result.model_version}, "
