@@ -170,9 +170,9 @@ class TrainingRun:
 
     # State file.
 
-    def load_or_create_state(self, dataset_sha256: str) -> None:
+    def load_or_create_state(self, dataset_sha256: str, state_existed: bool) -> None:
         path = self.output / STATE_FILE
-        if path.is_file():
+        if state_existed:
             if not self.config.resume:
                 raise InputError(
                     f"{self.output} already contains a training run ({STATE_FILE}); pass --resume to continue it "
@@ -614,7 +614,12 @@ def train_cross_validation(config: TrainingConfig) -> Path | None:
         run = TrainingRun(config, context)
         run.output.mkdir(parents=True, exist_ok=True)
         dataset_sha256 = sha256_file(Path(config.dataset).expanduser())
-        run.load_or_create_state(dataset_sha256)
+
+        # Every process looks for an earlier run before rank 0 writes the new state file;
+        # otherwise a slower process would find that file and take it for an old run.
+        state_existed = (run.output / STATE_FILE).is_file()
+        barrier(context)
+        run.load_or_create_state(dataset_sha256, state_existed)
         barrier(context)
 
         data = run.prepare_data()
