@@ -26,6 +26,7 @@ from clipnodule.cohort import (
     RUN_FILE,
     attention_column,
     patient_rows,
+    read_complete_rows,
     run_cohort,
 )
 from clipnodule.errors import InputError
@@ -289,6 +290,20 @@ def test_patient_rows_fall_back_to_raw_ensemble() -> None:
     assert summary["A"] == {"pid": "A", "calibrated_ensemble": "", "ensemble": 0.7, "nodule_count": 2, "max_risk_nodule_id": "2"}
     assert summary["B"]["calibrated_ensemble"] == 0.3
     assert summary["B"]["nodule_count"] == 1
+
+
+def test_read_rows_drops_unterminated_last_line(tmp_path: Path) -> None:
+    """A crash inside the last field leaves every field in place, so the missing line end marks the cut."""
+    path = tmp_path / NODULES_FILE
+    path.write_text("pid,nodule_id,calibrated_ensemble\r\nA,1,0.25\r\nB,1,0.12", encoding="utf-8")
+
+    header, rows = read_complete_rows(path)
+
+    assert header == ["pid", "nodule_id", "calibrated_ensemble"]
+    assert rows == [{"pid": "A", "nodule_id": "1", "calibrated_ensemble": "0.25"}]
+
+    path.write_text("pid,nodule_id,calibrated_ensemble\r\nA,1,0.25\r\nB,1,0.125\r\n", encoding="utf-8")
+    assert [row["pid"] for row in read_complete_rows(path)[1]] == ["A", "B"]
 
 
 def test_cohort_rejects_invalid_batch_size(dataset_csv: Path, predictor: Predictor, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ training runs in seconds on a CPU. Nothing is mocked.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -139,6 +140,12 @@ def test_split_rejects_single_class(lidc_table):
 # Crop cache and augmentation.
 
 
+def test_split_rejects_one_malignant_patient():
+    table = pd.DataFrame({"pid": [f"p{index}" for index in range(12)], "malignant": [1] + [0] * 11})
+    with pytest.raises(InputError, match=r"Cannot split 12 patients \(1 with a malignant nodule\)"):
+        make_split(table, n_folds=2, test_fraction=0.2)
+
+
 def test_crop_cache_matches_inference_crop(small_dataset, tmp_path, monkeypatch):
     from clipnodule.crop import crop_hu_cube
     from clipnodule.image_io import load_ct
@@ -165,6 +172,30 @@ def test_crop_cache_matches_inference_crop(small_dataset, tmp_path, monkeypatch)
     monkeypatch.setattr(cache, "_crop", fail)
     np.testing.assert_array_equal(cache.get(row["image_path"], point), cube)
     assert cache.key(row["image_path"], (point[0] + 1.0, point[1], point[2])) != stored[0].stem
+
+
+def test_crop_cache_key_separates_voxel_boundary(reference_fixtures, tmp_path):
+    """Points 2 nm apart on either side of a 1 mm grid boundary crop different voxels."""
+    from clipnodule.crop import crop_hu_cube, one_mm_grid
+    from clipnodule.image_io import load_ct
+    from clipnodule.training.crop_cache import CropCache, centre_crop
+
+    ct_path = reference_fixtures / "ct_caseA.nii.gz"
+    if not ct_path.is_file():
+        pytest.skip(f"reference CT not found: {ct_path}")
+    image = load_ct(ct_path)
+    boundary = one_mm_grid(image).origin_lps + np.array([55.0, 55.0, 70.0])
+    below = (float(boundary[0]) - 1e-6, float(boundary[1]) + 0.5, float(boundary[2]) + 0.5)
+    above = (float(boundary[0]) + 1e-6, below[1], below[2])
+    assert round(below[0], 4) == round(above[0], 4)
+
+    cache = CropCache(tmp_path)
+    assert cache.key(ct_path, below) != cache.key(ct_path, above)
+    for point in (below, above):
+        np.testing.assert_array_equal(centre_crop(cache.get(ct_path, point)), crop_hu_cube(image, point).hu)
+    below_centre = crop_hu_cube(image, below).center_index
+    above_centre = crop_hu_cube(image, above).center_index
+    assert above_centre[0] == below_centre[0] + 1
 
 
 def test_crop_cache_rejects_missing_ct(tmp_path):
@@ -315,6 +346,40 @@ def test_optimizer_state_round_trip(tmp_path):
 
 
 # Optimisation.
+
+
+def test_summary_ensemble_raw_when_fold_uncalibrated(tmp_path):
+    """One uncalibrated fold makes the test ensemble the mean of raw probabilities of every fold."""
+    from sklearn.metrics import roc_auc_score
+
+    from clipnodule.calibration import BetaCalibration
+    from clipnodule.training.distributed import DistributedContext
+    from clipnodule.training.trainer import FoldProgress, RunData, TrainingConfig, TrainingRun
+
+    labels = [0, 0, 0, 1, 1, 1]
+    table = pd.DataFrame({"pid": [f"p{index}" for index in range(6)], "malignant": labels})
+    split = DataSplit(test_patients=tuple(table["pid"]), fold_patients=((), ()), seed=0, test_fraction=1.0)
+    raw = [np.array([0.40, 0.45, 0.50, 0.55, 0.60, 0.65]), np.array([0.20, 0.30, 0.95, 0.25, 0.35, 0.40])]
+    calibrated_fold_0 = np.array([0.90, 0.91, 0.92, 0.93, 0.94, 0.95])
+    folds = [
+        FoldProgress(status="finished", calibration=BetaCalibration(1.0, 1.0, 2.0).to_dict(),
+                     test_probabilities=calibrated_fold_0.tolist(), test_raw_probabilities=raw[0].tolist()),
+        FoldProgress(status="finished", calibration=None,
+                     test_probabilities=raw[1].tolist(), test_raw_probabilities=raw[1].tolist()),
+    ]
+
+    run = TrainingRun(TrainingConfig(dataset=str(tmp_path / "table.csv"), output=str(tmp_path), folds=2), DistributedContext())
+    run.state = {
+        "dataset_sha256": "0" * 64,
+        "excluded": [],
+        "folds": {str(index): dataclasses.asdict(progress) for index, progress in enumerate(folds)},
+    }
+    summary = run.summarise(RunData(table=table, reports=None, split=split, cache=None, evaluation_set=None))
+
+    test = summary["test"]
+    assert test["ensemble_score"] == "mean of raw fold probabilities"
+    assert test["ensemble"]["auroc"] == pytest.approx(roc_auc_score(labels, (raw[0] + raw[1]) / 2))
+    assert test["ensemble"]["auroc"] != pytest.approx(roc_auc_score(labels, (calibrated_fold_0 + raw[1]) / 2))
 
 
 def test_few_steps_lower_loss(small_dataset, crop_cache_dir):

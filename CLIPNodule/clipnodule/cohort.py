@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import datetime
 import hashlib
+import io
 import json
 import logging
 import math
@@ -305,22 +306,28 @@ def read_complete_rows(path: Path) -> tuple[list[str] | None, list[dict[str, str
     """Read a CSV written by CsvAppender; return its header and the rows that are complete.
 
     A run killed while writing can leave a last line cut short; such rows (too few or too
-    many fields, or an empty key) are dropped so that those nodules are scored again.
+    many fields, an empty key, or a last line without its line end) are dropped so that
+    those nodules are scored again.
     """
     if not path.is_file() or path.stat().st_size == 0:
         return None, []
     with open(path, newline="", encoding="utf-8") as stream:
-        reader = csv.reader(stream)
-        header = next(reader, None)
-        if not header:
-            return None, []
-        rows = []
-        for fields in reader:
-            if len(fields) != len(header):
-                continue
-            row = dict(zip(header, fields))
-            if all(row.get(key) for key in KEY_COLUMNS):
-                rows.append(row)
+        text = stream.read()
+    lines = list(csv.reader(io.StringIO(text)))
+    if not lines or not lines[0]:
+        return None, []
+
+    header, records = lines[0], lines[1:]
+    # A line cut inside its last field still has every field, so only the missing line end shows the cut.
+    if records and not text.endswith("\n"):
+        records = records[:-1]
+    rows = []
+    for fields in records:
+        if len(fields) != len(header):
+            continue
+        row = dict(zip(header, fields))
+        if all(row.get(key) for key in KEY_COLUMNS):
+            rows.append(row)
     return header, rows
 
 

@@ -49,11 +49,13 @@ class CropCache:
         self._file_hashes: dict[tuple[str, int, int], str] = {}
 
     def key(self, image_path: str | Path, point_lps: Sequence[float]) -> str:
-        """Return the cache key: sha256 over the CT checksum, the point (0.1 um) and the version."""
+        """Return the cache key: sha256 over the CT checksum, the exact point and the version."""
         point = as_point(point_lps, "nodule point (LPS)")
         content = {
             "ct_sha256": self._file_sha256(Path(image_path)),
-            "point_lps": [round(float(value), 4) for value in point],
+            # Exact floats, not rounded ones: the crop's grid index truncates the point, so two
+            # points that round alike can still lie in different 1 mm voxels.
+            "point_lps": [float(value) for value in point],
             "version": PREPROCESSING_VERSION,
             "size": self.size,
         }

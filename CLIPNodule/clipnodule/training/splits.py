@@ -125,9 +125,18 @@ def make_split(table: pd.DataFrame, n_folds: int = 5, test_fraction: float = 0.2
     development = patients
     if test_fraction > 0.0:
         # Patient-level stratification keeps the malignant share of the test set close to the whole set's.
-        development, test_patients = train_test_split(
-            patients, test_size=test_fraction, random_state=seed, stratify=by_patient.to_numpy()
-        )
+        try:
+            development, test_patients = train_test_split(
+                patients, test_size=test_fraction, random_state=seed, stratify=by_patient.to_numpy()
+            )
+        except ValueError as error:
+            # scikit-learn rejects a stratified split with a class of one patient or a test set
+            # smaller than the number of classes.
+            raise InputError(
+                f"Cannot split {len(patients)} patients ({int(by_patient.sum())} with a malignant nodule) "
+                f"into a stratified test set of fraction {test_fraction}: {error} "
+                "Add patients of the rarer class or change the test fraction (0 means no test set)."
+            ) from None
 
     rows = table[table["pid"].astype(str).isin(set(development))]
     if rows["pid"].nunique() < n_folds:

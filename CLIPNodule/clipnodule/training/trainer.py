@@ -140,7 +140,9 @@ class FoldProgress:
     calibration: dict[str, Any] | None = None
     validation_auroc: float | None = None
     validation_diameter_auroc: float | None = None
+    # Test-set probabilities of the best weights: calibrated when the fold has a calibration.
     test_probabilities: list[float] | None = None
+    test_raw_probabilities: list[float] | None = None
     finished_at: str | None = None
 
 
@@ -512,10 +514,12 @@ class TrainingRun:
 
         test_rows = np.flatnonzero(data.split.test_mask(data.table))
         if len(test_rows):
-            _, test_probabilities, _ = self._evaluate(model, Subset(data.evaluation_set, test_rows.tolist()), loss_function)
+            _, raw_test_probabilities, _ = self._evaluate(model, Subset(data.evaluation_set, test_rows.tolist()), loss_function)
+            test_probabilities = raw_test_probabilities
             if calibration is not None:
-                test_probabilities = calibration.predict(test_probabilities)
+                test_probabilities = calibration.predict(raw_test_probabilities)
             progress.test_probabilities = [float(value) for value in test_probabilities]
+            progress.test_raw_probabilities = [float(value) for value in raw_test_probabilities]
 
         progress.status = "finished"
         progress.finished_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -563,7 +567,7 @@ class TrainingRun:
         if len(test_rows):
             summary["test"] = test_set_evaluation(
                 data.table.iloc[test_rows].reset_index(drop=True),
-                [np.asarray(progress.test_probabilities) for progress in folds],
+                [_test_scores(progress, calibrated) for progress in folds],
                 calibrated=calibrated,
                 seed=self.config.seed,
             )
@@ -656,6 +660,19 @@ def _crop_all(table: pd.DataFrame, cache, show_progress: bool = True) -> tuple[n
             usable[position] = False
             excluded.append({"pid": row.pid, "nodule_id": row.nodule_id, "reason": str(error)})
     return usable, excluded
+
+
+def _test_scores(progress: FoldProgress, calibrated: bool) -> np.ndarray:
+    """Return a fold's calibrated test probabilities, or its raw ones when any fold lacks a calibration.
+
+    The ensemble averages one kind of score over all folds, so one uncalibrated fold makes it
+    the mean of raw probabilities, as at inference.
+    """
+    if calibrated or progress.test_raw_probabilities is None:
+        # NOTE: state files written before raw test probabilities were stored hold only the
+        # (possibly calibrated) values, so their mixed-calibration ensembles stay mixed.
+        return np.asarray(progress.test_probabilities, dtype=float)
+    return np.asarray(progress.test_raw_probabilities, dtype=float)
 
 
 def _finite_or_none(value: float) -> float | None:
