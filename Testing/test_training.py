@@ -260,6 +260,14 @@ def test_synonym_substitution_uses_table():
     assert SynonymSubstitution(fraction=0.0)("a well marginated nodule") == "a well marginated nodule"
 
 
+def test_synonyms_keep_margin_features_apart():
+    from clipnodule.training.text_augment import RADIOLOGY_SYNONYMS
+
+    # "ill-defined" is a margin value; "poorly marginated" is a margin conspicuity value.
+    for group in RADIOLOGY_SYNONYMS:
+        assert not ("ill-defined" in group and "poorly marginated" in group), group
+
+
 def test_report_text_augmenter_parts(lidc_table):
     from clipnodule.training.report_text import TemplateReportWriter
     from clipnodule.training.text_augment import ReportTextAugmenter, report_part_text

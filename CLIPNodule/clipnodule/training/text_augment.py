@@ -24,7 +24,9 @@ RADIOLOGY_SYNONYMS: tuple[tuple[str, ...], ...] = (
     ("absent", "not seen", "not present", "none"),
     ("present", "seen", "identified"),
     ("well marginated", "well-defined", "well circumscribed", "sharply marginated"),
-    ("poorly marginated", "ill-defined", "poorly defined", "indistinct"),
+    # "ill-defined" is left out: it is a value of the margin feature, while "poorly
+    # marginated" is a value of margin conspicuity, so swapping them would change the finding.
+    ("poorly marginated", "poorly defined", "indistinct"),
     ("ovoid", "oval", "elliptical"),
     ("round", "spherical", "circular"),
     ("lobulated", "lobular"),
