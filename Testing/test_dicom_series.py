@@ -177,3 +177,49 @@ def test_single_dicom_file_rejected(tmp_path, series_dir):
 
     with pytest.raises(InputError, match="is a single DICOM file; pass the folder"):
         load_ct(single)
+
+
+def test_mixed_pixel_spacing_rejected(tmp_path, series_dir):
+    # SimpleITK reads the series with the first slice's PixelSpacing for every slice.
+    datasets = _datasets_by_position(series_dir)
+    datasets[5].PixelSpacing = [0.8, 0.8]
+    folder = _save(datasets, tmp_path / "spacing")
+
+    expected = r"mixes slice grids: .*PixelSpacing \[0\.9765625, 0\.9765625\] mm but .*PixelSpacing \[0\.8, 0\.8\] mm"
+    with pytest.raises(InputError, match=expected):
+        load_ct(folder)
+
+
+def test_mixed_slice_size_rejected(tmp_path, series_dir):
+    datasets = _datasets_by_position(series_dir)
+    small = datasets[5]
+    small.decompress()
+    small.PixelData = small.pixel_array[::2, ::2].copy().tobytes()
+    small.Rows = 256
+    small.Columns = 256
+    small.PixelSpacing = [1.953125, 1.953125]
+    folder = _save(datasets, tmp_path / "size")
+
+    with pytest.raises(InputError, match="mixes slice grids: .*512 x 512 pixels.* but .*256 x 256 pixels"):
+        load_ct(folder)
+
+
+def test_per_slice_rescale_read_in_hu(tmp_path, series_dir, original):
+    # Some scanners store a different RescaleSlope and RescaleIntercept on each slice.
+    datasets = _datasets_by_position(series_dir)
+    for number, dataset in enumerate(datasets):
+        dataset.decompress()
+        hu = dataset.pixel_array * float(dataset.RescaleSlope) + float(dataset.RescaleIntercept)
+        slope, intercept = (1.0, -1024.0) if number % 2 == 0 else (0.5, -1100.0)
+        stored = np.round((hu - intercept) / slope)
+        assert stored.min() >= 0 and stored.max() <= 65535
+        dataset.BitsStored = 16
+        dataset.HighBit = 15
+        dataset.PixelData = stored.astype(np.uint16).tobytes()
+        dataset.RescaleSlope = slope
+        dataset.RescaleIntercept = intercept
+    folder = _save(datasets, tmp_path / "rescale")
+
+    image = load_ct(folder)
+
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(original))

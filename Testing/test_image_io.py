@@ -117,7 +117,7 @@ def test_unreadable_file_is_reported(tmp_path):
     junk = tmp_path / "junk.nii.gz"
     junk.write_bytes(b"not gzip data at all")
 
-    with pytest.raises(InputError, match="could not be read as an image.*Supported inputs"):
+    with pytest.raises(InputError, match="not a supported CT file type.*Supported inputs"):
         load_ct(notes)
     with pytest.raises(InputError, match="could not be read as NIfTI"):
         load_ct(junk)
@@ -280,3 +280,121 @@ def test_point_far_outside_reported(reference_fixtures):
         check_point_inside(image, (500.0, 500.0, 500.0))
     assert "Read as RAS" not in str(error.value)
     assert "z [-134.2, 15.8]" in str(error.value)
+
+
+def _nifti_codes(path, qform_code: int, sform_code: int) -> None:
+    """Set the qform_code and sform_code fields of an uncompressed NIfTI-1 header."""
+    data = bytearray(path.read_bytes())
+    data[252:256] = struct.pack("<2h", qform_code, sform_code)
+    path.write_bytes(bytes(data))
+
+
+def test_nifti_without_orientation_rejected(tmp_path):
+    path = tmp_path / "no_orientation.nii"
+    _write(_image(_phantom_hu()), path)
+    _nifti_codes(path, qform_code=0, sform_code=0)
+
+    with pytest.raises(InputError, match="qform_code 0 and sform_code 0 .*no position or orientation"):
+        load_ct(path)
+
+
+def test_nifti_with_one_transform_loads(tmp_path):
+    for qform_code, sform_code in ((1, 0), (0, 1)):
+        path = tmp_path / f"codes_{qform_code}_{sform_code}.nii"
+        _write(_image(_phantom_hu()), path)
+        _nifti_codes(path, qform_code, sform_code)
+
+        image = load_ct(path)
+
+        np.testing.assert_allclose(image.GetOrigin(), (-17.0, -15.0, -30.0), atol=1e-5)
+        np.testing.assert_allclose(image.GetDirection(), np.eye(3).ravel(), atol=1e-6)
+
+
+def test_nifti_pair_rejected(tmp_path):
+    # SimpleITK reads the NaN voxel of a NIfTI pair as 0, so pairs are rejected outright.
+    hu = _phantom_hu()
+    hu[15, 20, 22] = np.nan
+    path = _write(_image(hu), tmp_path / "pair.img")
+
+    with pytest.raises(InputError, match=r"NIfTI pair or Analyze 7\.5 .*convert it to a single \.nii"):
+        load_ct(path)
+
+
+def test_metaimage_missing_data_file_rejected(tmp_path):
+    path = _write(_image(_phantom_hu()), tmp_path / "detached.mhd")
+    (tmp_path / "detached.raw").unlink()
+
+    with pytest.raises(InputError, match=r"voxel data file detached\.raw .*does not exist"):
+        load_ct(path)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_truncated_metaimage_rejected(tmp_path, compressed):
+    path = tmp_path / "full.mha"
+    sitk.WriteImage(_image(_phantom_hu()), str(path), useCompression=compressed)
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.mha"
+    truncated.write_bytes(data[: len(data) - 1000])
+
+    with pytest.raises(InputError, match=r"truncated\.mha is truncated: its header needs \d+ bytes"):
+        load_ct(truncated)
+
+
+def test_text_files_with_image_suffix_rejected(tmp_path):
+    metaimage = tmp_path / "notes.mha"
+    metaimage.write_text("not an image\n" * 10)
+    nrrd = tmp_path / "notes.nrrd"
+    nrrd.write_text("not an image\n" * 10)
+
+    with pytest.raises(InputError, match="is not a MetaImage file"):
+        load_ct(metaimage)
+    with pytest.raises(InputError, match="is not an NRRD file"):
+        load_ct(nrrd)
+
+
+def test_truncated_nrrd_message_suggests_fix(tmp_path):
+    path = _write(_image(_phantom_hu()), tmp_path / "full.nrrd")
+    data = (tmp_path / "full.nrrd").read_bytes()
+    truncated = tmp_path / "truncated.nrrd"
+    truncated.write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(InputError, match="could not be read as an image.*copy or export it again"):
+        load_ct(truncated)
+    assert load_ct(path).GetSize() == (44, 40, 30)
+
+
+def test_point_on_outer_voxel_face_inside():
+    image = _image(_phantom_hu())
+    # The last voxel centre is at origin + (size - 1) * spacing; its outer face is half a
+    # voxel further, at x = -17 + 43.5 * 0.8 = 17.8 mm.
+    check_point_inside(image, (17.8, 0.0, 0.0))
+    check_point_inside(image, (-17.4, -15.4, -31.0))
+
+    with pytest.raises(InputError, match="lies outside the scan"):
+        check_point_inside(image, (17.9, 0.0, 0.0))
+
+
+def test_unsupported_file_type_rejected(tmp_path):
+    import SimpleITK as sitk
+
+    from clipnodule.errors import InputError
+    from clipnodule.image_io import load_ct
+
+    image = sitk.Image(8, 8, 8, sitk.sitkInt16)
+    image.SetSpacing((1.0, 1.0, 0.0001))
+    path = tmp_path / "scan.vtk"
+    sitk.WriteImage(image, str(path))
+
+    with pytest.raises(InputError, match="not a supported CT file type") as raised:
+        load_ct(path)
+    assert "NIfTI" in str(raised.value)
+
+
+def test_symlink_without_suffix_follows_target(tmp_path, reference_fixtures):
+    from clipnodule.image_io import load_ct
+
+    link = tmp_path / "scan"
+    link.symlink_to(reference_fixtures / "ct_caseA.nii.gz")
+
+    image = load_ct(link)
+    assert image.GetSize() == (160, 160, 60)

@@ -27,6 +27,9 @@ MIN_AERATED_FRACTION = 1e-4
 # Stored CT pixels without rescale are usually 0..4095 with air near 0.
 RAW_PIXEL_MAX_THRESHOLD = 2000.0
 ORTHONORMAL_TOLERANCE = 1e-3
+# A point this far (in voxels) beyond the outer face of an edge voxel still counts as
+# inside, so that a point typed at the face is not rejected for float32 header rounding.
+POINT_INSIDE_TOLERANCE_VOXELS = 1e-3
 
 _FLOAT_PIXEL_IDS = {sitk.sitkFloat32, sitk.sitkFloat64}
 
@@ -131,7 +134,8 @@ def _is_inside(image: sitk.Image, point_lps: np.ndarray) -> bool:
     matrix = direction @ np.diag(np.asarray(image.GetSpacing(), dtype=np.float64))
     index = np.linalg.solve(matrix, point_lps - np.asarray(image.GetOrigin(), dtype=np.float64))
     size = np.asarray(image.GetSize(), dtype=np.float64)
-    return bool(np.all(index >= -0.5) and np.all(index <= size - 0.5))
+    margin = 0.5 + POINT_INSIDE_TOLERANCE_VOXELS
+    return bool(np.all(index >= -margin) and np.all(index <= size - 1 + margin))
 
 
 def check_point_inside(image: sitk.Image, point_lps: Sequence[float]) -> None:

@@ -23,6 +23,8 @@ MIN_SERIES_SLICES = 3
 # Largest relative deviation of one slice gap from the median gap.
 SLICE_GAP_TOLERANCE = 0.10
 ORIENTATION_TOLERANCE = 1e-4
+# Largest difference (mm) between the PixelSpacing values of two slices of one series.
+PIXEL_SPACING_TOLERANCE_MM = 1e-4
 # Largest distance (mm) of a slice position from the line along the slice normal.
 TILT_TOLERANCE_MM = 0.05
 
@@ -32,6 +34,9 @@ _TAG_IMAGE_TYPE = "0008|0008"
 _TAG_POSITION = "0020|0032"
 _TAG_ORIENTATION = "0020|0037"
 _TAG_MODALITY = "0008|0060"
+_TAG_ROWS = "0028|0010"
+_TAG_COLUMNS = "0028|0011"
+_TAG_PIXEL_SPACING = "0028|0030"
 
 
 @dataclasses.dataclass
@@ -40,6 +45,8 @@ class _Slice:
     image_type: str
     position: np.ndarray | None
     orientation: np.ndarray | None
+    # Rows, Columns and PixelSpacing as stored; the series reader takes them from one slice.
+    grid: tuple[str, str, np.ndarray | None]
 
 
 def _parse_numbers(value: str, count: int) -> np.ndarray | None:
@@ -65,6 +72,7 @@ def _read_slice(path: str) -> tuple[_Slice, dict[str, str]]:
         image_type=tag(_TAG_IMAGE_TYPE).upper(),
         position=_parse_numbers(tag(_TAG_POSITION), 3),
         orientation=_parse_numbers(tag(_TAG_ORIENTATION), 6),
+        grid=(tag(_TAG_ROWS), tag(_TAG_COLUMNS), _parse_numbers(tag(_TAG_PIXEL_SPACING), 2)),
     )
     return dicom_slice, tags
 
@@ -121,6 +129,31 @@ def _select_series(folder: Path) -> tuple[str, list[_Slice]]:
     return series_id, image_slices
 
 
+def _describe_grid(dicom_slice: _Slice) -> str:
+    rows, columns, spacing = dicom_slice.grid
+    spacing_text = "missing" if spacing is None else f"{spacing.tolist()} mm"
+    return f"{rows or '?'} x {columns or '?'} pixels, PixelSpacing {spacing_text}"
+
+
+def _check_same_grid(slices: list[_Slice], folder: Path) -> None:
+    """Reject a series whose slices differ in Rows, Columns or PixelSpacing."""
+    rows, columns, spacing = slices[0].grid
+    for dicom_slice in slices[1:]:
+        other_rows, other_columns, other_spacing = dicom_slice.grid
+        same_spacing = (spacing is None and other_spacing is None) or (
+            spacing is not None
+            and other_spacing is not None
+            and np.abs(spacing - other_spacing).max() <= PIXEL_SPACING_TOLERANCE_MM
+        )
+        if other_rows != rows or other_columns != columns or not same_spacing:
+            raise InputError(
+                f"The DICOM series in {folder} mixes slice grids: {Path(slices[0].path).name} has "
+                f"{_describe_grid(slices[0])} but {Path(dicom_slice.path).name} has "
+                f"{_describe_grid(dicom_slice)}; the slices cannot form one volume. Pass a "
+                "folder with a single consistent series."
+            )
+
+
 def _sort_and_check_slices(slices: list[_Slice], folder: Path) -> list[str]:
     """Sort slices along the slice normal and reject tilted, irregular or mixed series."""
     missing = [Path(s.path).name for s in slices if s.position is None or s.orientation is None]
@@ -139,6 +172,8 @@ def _sort_and_check_slices(slices: list[_Slice], folder: Path) -> list[str]:
                 f"{dicom_slice.orientation.tolist()} in {Path(dicom_slice.path).name}); it "
                 "cannot form one volume. Pass a folder with a single consistent series."
             )
+
+    _check_same_grid(slices, folder)
 
     normal = np.cross(orientation[:3], orientation[3:])
     normal /= np.linalg.norm(normal)
@@ -199,7 +234,12 @@ def read_dicom_series(folder: str | Path) -> sitk.Image:
     try:
         image = reader.Execute()
     except RuntimeError as error:
-        raise InputError(f"The DICOM series in {folder} could not be read: {error}".strip()) from None
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = lines[-1].replace("ITK ERROR:", "").strip() if lines else "unknown error"
+        raise InputError(
+            f"The DICOM series in {folder} could not be read: {reason}. Check that every file "
+            "is a complete image of the same series."
+        ) from None
     logger.info(
         "Read DICOM series %s from %s: %d slices, size %s, spacing %s mm",
         series_id or "(empty UID)",

@@ -161,7 +161,16 @@ def _check_nifti_spacing(header: _NiftiHeader, source: str) -> None:
 
 
 def _check_nifti_orientation(header: _NiftiHeader, source: str) -> None:
-    if header.qform_code <= 0 or header.sform_code <= 0 or header.spatial_rank < 3:
+    if header.spatial_rank < 3:
+        return
+    if header.qform_code <= 0 and header.sform_code <= 0:
+        raise InputError(
+            f"{source} has qform_code 0 and sform_code 0 in its NIfTI header, so it has no "
+            "position or orientation in patient space (SimpleITK would place it at the origin "
+            "and could swap left and right). Re-export the volume with its orientation, for "
+            "example from the DICOM series with dcm2niix."
+        )
+    if header.qform_code <= 0 or header.sform_code <= 0:
         return
 
     last = [max(size - 1, 0) for size in header.shape[:3]]
@@ -233,19 +242,80 @@ def _read_text_header(path: Path, end_marker: str | None) -> list[str]:
 
 
 def check_metaimage_header(path: Path, source: str) -> None:
-    """Raise InputError if a MetaImage (.mha/.mhd) header gives no voxel spacing."""
-    keys = {line.split("=", 1)[0].strip().lower() for line in _read_text_header(path, "elementdatafile")}
-    if not keys & {"elementspacing", "elementsize"}:
+    """Raise InputError if a MetaImage (.mha/.mhd) header is not MetaImage, gives no voxel
+    spacing, or names voxel data that is missing or shorter than the header says."""
+    lines = _read_text_header(path, "elementdatafile")
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition("=")
+        fields[key.strip().lower()] = value.strip()
+    if "ndims" not in fields or "elementdatafile" not in fields:
+        raise InputError(
+            f"{source} is not a MetaImage file: its header has no NDims or ElementDataFile "
+            "line. Pass a CT volume file or re-export it."
+        )
+    if not fields.keys() & {"elementspacing", "elementsize"}:
         raise InputError(
             f"{source} has no ElementSpacing in its MetaImage header; SimpleITK would "
             "silently use 1.0 mm. Add the voxel spacing (ElementSpacing = x y z) or re-export "
             "the volume."
+        )
+    _check_metaimage_data(path, source, fields, header_bytes=sum(len(line) + 1 for line in lines))
+
+
+# Bytes per element of the MetaImage ElementType values.
+_METAIMAGE_ELEMENT_BYTES = {
+    "met_char": 1, "met_uchar": 1, "met_short": 2, "met_ushort": 2, "met_int": 4, "met_uint": 4,
+    "met_long_long": 8, "met_ulong_long": 8, "met_float": 4, "met_double": 8,
+}
+
+
+def _check_metaimage_data(path: Path, source: str, fields: dict[str, str], header_bytes: int) -> None:
+    """Raise InputError if the MetaImage voxel data file is missing or uncompressed data is short."""
+    data_file = fields["elementdatafile"]
+    if data_file.upper() == "LOCAL":
+        data_path = path
+        available = path.stat().st_size - header_bytes
+    elif data_file.upper() == "LIST" or "%" in data_file or " " in data_file.strip():
+        # NOTE: multi-file data (LIST or a file pattern) is left to the reader's own checks.
+        return
+    else:
+        data_path = path.parent / data_file
+        if not data_path.is_file():
+            raise InputError(
+                f"{source} names its voxel data file {data_file} (ElementDataFile), but "
+                f"{data_path} does not exist. Put the data file next to the header or pass "
+                "a single-file .mha volume."
+            )
+        available = data_path.stat().st_size
+
+    try:
+        shape = [int(value) for value in fields.get("dimsize", "").split()]
+        channels = int(fields.get("elementnumberofchannels", "1"))
+    except ValueError:
+        return
+    element_bytes = _METAIMAGE_ELEMENT_BYTES.get(fields.get("elementtype", "").lower())
+    if fields.get("compresseddata", "false").lower() == "true":
+        expected = int(fields["compresseddatasize"]) if fields.get("compresseddatasize", "").isdigit() else 0
+    elif element_bytes is not None and shape:
+        expected = int(np.prod(shape, dtype=np.int64)) * channels * element_bytes
+    else:
+        return
+    if available < expected:
+        raise InputError(
+            f"{source} is truncated: its header needs {expected} bytes of voxel data but "
+            f"{data_path.name} contains {max(available, 0)}. Copy or export the file again."
         )
 
 
 def check_nrrd_header(path: Path, source: str) -> None:
     """Raise InputError if an NRRD (.nrrd/.nhdr) header gives no voxel spacing."""
     lines = _read_text_header(path, None)
+    if not lines or not lines[0].startswith("NRRD"):
+        raise InputError(
+            f"{source} is not an NRRD file: it does not start with the NRRD magic line "
+            "(for example NRRD0004). Pass a CT volume file or re-export it."
+        )
     fields = {line.split(":", 1)[0].strip().lower() for line in lines if ":" in line}
     if not fields & {"space directions", "spacings"}:
         raise InputError(

@@ -35,15 +35,34 @@ def _format_of(path: Path) -> str:
         return "nrrd"
     if name.endswith((".dcm", ".ima")):
         return "dicom"
+    if name.endswith((".hdr", ".img", ".hdr.gz", ".img.gz")):
+        return "analyze"
     return "other"
 
 
 def _read_file(path: Path, source: str) -> sitk.Image:
+    # A symbolic link is read through the file it points to, whose suffix names the format.
+    path = path.resolve()
     file_format = _format_of(path)
+    if file_format == "other":
+        # Other formats that SimpleITK reads (VTK, TIFF stacks, ...) would skip the
+        # header checks, so a zero spacing or NaN voxels could pass unnoticed.
+        raise InputError(
+            f"{source} is not a supported CT file type. Supported inputs: {SUPPORTED_FORMATS}; "
+            "convert the image to NIfTI or NRRD first, or pass the DICOM series folder."
+        )
     if file_format == "dicom":
         raise InputError(
             f"{source} is a single DICOM file; pass the folder that contains the whole CT "
             f"series instead ({path.parent})."
+        )
+    if file_format == "analyze":
+        # SimpleITK reads NaN voxels of a NIfTI pair as 0, and Analyze 7.5 headers have no
+        # reliable orientation, so neither can be checked like a .nii file.
+        raise InputError(
+            f"{source} is a NIfTI pair or Analyze 7.5 (.hdr/.img) file, which is not "
+            "supported; convert it to a single .nii or .nii.gz file (for example with "
+            "nibabel or 3D Slicer) and check its orientation."
         )
     if file_format == "nifti":
         header_checks.check_nifti_file(path, source)
@@ -57,10 +76,10 @@ def _read_file(path: Path, source: str) -> sitk.Image:
     except RuntimeError as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         reason = lines[-1].replace("sitk::ERROR:", "").strip().rstrip(".") if lines else "unknown error"
-        hint = ""
-        if file_format == "other":
-            hint = f" Supported inputs: {SUPPORTED_FORMATS}; for DICOM pass the series folder, not one file."
-        raise InputError(f"{source} could not be read as an image: {reason}.{hint}") from None
+        raise InputError(
+            f"{source} could not be read as an image: {reason}. "
+            "The file may be truncated or corrupt: copy or export it again."
+        ) from None
 
 
 def load_ct(path: str | os.PathLike) -> sitk.Image:
