@@ -353,7 +353,8 @@ def _is_unused_clip_key(key: str) -> bool:
     return key in {f"clip.{name}" for name in UNUSED_CLIP_KEYS}
 
 
-def _raise_on_key_problems(subject: str, missing: list[str], unexpected: list[str], misshaped: list[str]) -> None:
+def describe_key_problems(missing: list[str], unexpected: list[str], misshaped: list[str]) -> list[str]:
+    """Return one phrase per kind of state-dict mismatch, for error messages that list the keys."""
     problems = []
     if missing:
         problems.append(f"missing keys: {', '.join(missing)}")
@@ -361,6 +362,11 @@ def _raise_on_key_problems(subject: str, missing: list[str], unexpected: list[st
         problems.append(f"unexpected keys: {', '.join(unexpected)}")
     if misshaped:
         problems.append(f"mis-shaped keys: {', '.join(misshaped)}")
+    return problems
+
+
+def _raise_on_key_problems(subject: str, missing: list[str], unexpected: list[str], misshaped: list[str]) -> None:
+    problems = describe_key_problems(missing, unexpected, misshaped)
     if problems:
         raise BundleError(
             f"The {subject} do not match the model architecture ({'; '.join(problems)}). "

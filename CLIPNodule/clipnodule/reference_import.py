@@ -22,7 +22,7 @@ import torch
 from .backbones import find_backbone_by_architecture
 from .calibration import BetaCalibration
 from .errors import BundleError
-from .model import CLIPNoduleModel, ModelConfig, build_model
+from .model import CLIPNoduleModel, ModelConfig, build_model, describe_key_problems
 
 logger = logging.getLogger(__name__)
 
@@ -393,13 +393,7 @@ def check_reference_keys(
         for key in set(expected) & set(state)
         if tuple(state[key].shape) != expected[key]
     )
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected)}")
-    if misshaped:
-        problems.append(f"mis-shaped keys: {', '.join(misshaped)}")
+    problems = describe_key_problems(missing, unexpected, misshaped)
     if problems:
         raise BundleError(
             f"{source} does not match the published CLIP_nodule layout ({'; '.join(problems)}). "
