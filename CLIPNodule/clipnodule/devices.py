@@ -1,6 +1,6 @@
 """Choice of the torch device for inference and training.
 
-No Qt or Slicer imports. "auto" takes CUDA when torch sees a GPU, else the CPU.
+No Qt or Slicer imports. "auto" selects CUDA when torch reports a usable GPU, else the CPU.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def resolve_device(requested: str = "auto") -> str:
     """Return the torch device string to use for the `requested` choice.
 
     A request for CUDA on a machine without a usable GPU logs a warning and returns
-    "cpu", so a scene or a cohort run still completes; the result records the device.
+    "cpu", so that a scene or a cohort run still completes. The result records the device.
     """
     import torch
 

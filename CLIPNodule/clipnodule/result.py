@@ -15,9 +15,9 @@ import numpy as np
 class FoldResult:
     """One fold's output for one nodule.
 
-    raw_probability is the image classifier's softmax probability of malignancy;
+    raw_probability is the image classifier's softmax probability of malignancy.
     calibrated_probability is that value after the fold's Beta calibration, or None
-    when the bundle has no calibration for the fold. attention holds the nine MIL
+    when the bundle has no calibration for the fold. attention contains the nine MIL
     attention weights in plane order (they sum to 1).
     """
 
@@ -32,7 +32,7 @@ class NoduleResult:
     """Calibrated one-year malignancy risk of one nodule and everything behind it.
 
     risk is the mean over folds of the calibrated probabilities ("calibrated_ensemble"
-    of the published tool); when any fold lacks calibration, risk is the mean of the
+    of the published tool). When any fold lacks calibration, risk is the mean of the
     raw probabilities and `calibrated` is False. attention is the mean over folds of
     the per-plane attention. semantic_report maps each zero-shot feature to
     {"most_likely": value, "probabilities": {value: p}}, averaged over folds; it is
