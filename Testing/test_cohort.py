@@ -148,7 +148,7 @@ def test_cohort_nodules_csv_columns(first_run) -> None:
 def test_cohort_zeroshot_columns(first_run) -> None:
     output, _ = first_run
     rows = read_rows(output / NODULES_FILE)
-    margin_values = ["smooth", "lobulated", "spiculated", "ill_defined"]
+    margin_values = ["smooth", "lobulated", "spiculated", "ill_defined", "notched"]
 
     assert len(DEFAULT_PROMPT_SET["features"]) == 16
     for row in rows:

@@ -28,6 +28,7 @@ EXPECTED_CATEGORICAL_PROMPTS = {
         "This nodule margin is lobulated.",
         "This nodule margin is spiculated.",
         "This nodule margin is ill-defined.",
+        "This nodule margin is notched.",
     ],
     "consistency": [
         "This nodule consistency is solid.",
@@ -59,7 +60,7 @@ EXPECTED_BINARY_FEATURES = [
     "necrosis",
     "cavitation",
     "intra-nodular bronchiectasis",
-    "airway cut-off",
+    "airway cutoff",
 ]
 
 
@@ -84,7 +85,7 @@ def test_default_prompts_are_published_templates():
     for name, prompts in EXPECTED_CATEGORICAL_PROMPTS.items():
         assert features[name]["kind"] == "categorical"
         assert features[name]["prompts"] == prompts
-    assert features["margin"]["values"] == ["smooth", "lobulated", "spiculated", "ill-defined"]
+    assert features["margin"]["values"] == ["smooth", "lobulated", "spiculated", "ill-defined", "notched"]
     for name in EXPECTED_BINARY_FEATURES:
         assert features[name]["kind"] == "binary"
         assert features[name]["values"] == ["present", "absent"]
@@ -211,7 +212,7 @@ def test_average_reports_rejects_mismatch():
         (lambda p: p.update(version=2), "version 2 is not supported"),
         (lambda p: p.update(features=[]), "non-empty list under 'features'"),
         (lambda p: p["features"][0].update(kind="ordinal"), "kind 'ordinal'"),
-        (lambda p: p["features"][0]["prompts"].pop(), "has 4 values but 3 prompts"),
+        (lambda p: p["features"][0]["prompts"].pop(), "has 5 values but 4 prompts"),
         (lambda p: p["features"][1].update(name="margin"), "lists feature 'margin' twice"),
         (lambda p: p["features"][2]["values"].__setitem__(1, "irregular"), "repeats a value"),
         (lambda p: p["features"][4]["prompts"].__setitem__(0, " "), "empty or non-text prompt"),
@@ -229,5 +230,5 @@ def test_default_prompt_set_copy_is_independent():
     prompt_set = default_prompt_set()
     prompt_set["features"][0]["values"].append("notched")
 
-    assert DEFAULT_PROMPT_SET["features"][0]["values"] == ["smooth", "lobulated", "spiculated", "ill-defined"]
+    assert DEFAULT_PROMPT_SET["features"][0]["values"] == ["smooth", "lobulated", "spiculated", "ill-defined", "notched"]
     assert copy.deepcopy(DEFAULT_PROMPT_SET) == default_prompt_set()

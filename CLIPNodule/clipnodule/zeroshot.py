@@ -25,7 +25,7 @@ BINARY_ABSENT_PROMPT = "No findings."
 BINARY_VALUES = ("present", "absent")
 
 CATEGORICAL_FEATURES: dict[str, tuple[str, ...]] = {
-    "margin": ("smooth", "lobulated", "spiculated", "ill-defined"),
+    "margin": ("smooth", "lobulated", "spiculated", "ill-defined", "notched"),
     "consistency": ("solid", "part-solid", "pure ground glass", "semi-consolidation", "peri-cystic"),
     "shape": ("irregular", "ovoid", "polygonal", "round"),
     "margin conspicuity": ("well marginated", "poorly marginated"),
@@ -43,7 +43,7 @@ BINARY_FEATURES: tuple[str, ...] = (
     "necrosis",
     "cavitation",
     "intra-nodular bronchiectasis",
-    "airway cut-off",
+    "airway cutoff",
 )
 
 Report = dict[str, dict[str, Any]]
