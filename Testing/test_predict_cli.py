@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from clipnodule.calibration import BetaCalibration
 from clipnodule.cli import main
 from clipnodule.coordinates import lps_to_ras
 from clipnodule.errors import CLIPNoduleError
@@ -29,39 +28,6 @@ def example_ct():
         return fetch_example_ct()
     except CLIPNoduleError as error:
         pytest.skip(f"example CT unavailable (package registry unreachable?): {error}")
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory) -> Path:
-    import torch
-
-    from clipnodule.bundle import save_bundle
-    from clipnodule.model import ModelConfig, build_model
-
-    torch.manual_seed(0)
-    config = ModelConfig(backbone="tiny-vit", pretrained=None)
-    base = build_model(config)
-    folds = []
-    for fold in range(5):
-        torch.manual_seed(100 + fold)
-        # Only the fold's trainable part (LoRA, heads, temperature) goes into the bundle.
-        model = build_model(config)
-        folds.append({key: value.clone() for key, value in model.trainable_state_dict().items()})
-    calibrations = [BetaCalibration(a=1.1 + 0.1 * k, b=0.9, c=0.05 * k) for k in range(5)]
-    path = tmp_path_factory.mktemp("bundle") / "tiny"
-    save_bundle(
-        path,
-        config=config,
-        fold_state_dicts=folds,
-        calibrations=calibrations,
-        backbone_state_dict=base.backbone_state_dict(),
-        name="tiny-test",
-        version="0",
-        description="random tiny model for tests",
-        intended_use="tests only",
-        licence="Apache-2.0",
-    )
-    return path
 
 
 def write_flipped_copy(source: Path, target: Path) -> None:

@@ -73,39 +73,6 @@ def load_volume_with_slicer_reader(scene, path: Path):
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory) -> Path:
-    """A random tiny-vit five-fold bundle with Beta calibrations, saved with save_bundle."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("open_clip")
-    from clipnodule.bundle import save_bundle
-    from clipnodule.calibration import BetaCalibration
-    from clipnodule.model import ModelConfig, build_model
-
-    torch.manual_seed(0)
-    config = ModelConfig(backbone="tiny-vit", pretrained=None)
-    base = build_model(config)
-    folds = []
-    for fold in range(5):
-        torch.manual_seed(200 + fold)
-        model = build_model(config)
-        folds.append({key: value.clone() for key, value in model.trainable_state_dict().items()})
-    path = tmp_path_factory.mktemp("bundle") / "tiny"
-    save_bundle(
-        path,
-        config=config,
-        fold_state_dicts=folds,
-        calibrations=[BetaCalibration(a=1.2, b=0.8 + 0.05 * k, c=0.1 * k) for k in range(5)],
-        backbone_state_dict=base.backbone_state_dict(),
-        name="tiny-slicer-test",
-        version="0",
-        description="random tiny model for the Slicer logic tests",
-        intended_use="tests only",
-        licence="Apache-2.0",
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
 def predictor(tiny_bundle: Path):
     from clipnodule.predictor import Predictor
 
