@@ -212,7 +212,8 @@ def test_per_slice_rescale_read_in_hu(tmp_path, series_dir, original):
         hu = dataset.pixel_array * float(dataset.RescaleSlope) + float(dataset.RescaleIntercept)
         slope, intercept = (1.0, -1024.0) if number % 2 == 0 else (0.5, -1100.0)
         stored = np.round((hu - intercept) / slope)
-        assert stored.min() >= 0 and stored.max() <= 65535
+        assert stored.min() >= 0
+        assert stored.max() <= 65535
         dataset.BitsStored = 16
         dataset.HighBit = 15
         dataset.PixelData = stored.astype(np.uint16).tobytes()

@@ -153,7 +153,7 @@ class AnalysisSession:
         """Kill the worker and forget the running request.
 
         The request is cleared first, so the worker's "exited" event that follows the kill
-        is not reported as a crash; the runner's "cancelled" event ends the run.
+        is not reported as a crash. The runner's "cancelled" event ends the run.
         """
         self.current_request = None
         self.runner.cancel()

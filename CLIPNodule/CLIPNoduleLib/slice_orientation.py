@@ -16,8 +16,8 @@ centre. Display rule, applied to every plane:
   exactly Slicer's default Axial, Coronal and Sagittal orientation matrices
   (vtkMRMLSliceNode::Get{Axial,Coronal,Sagittal}SliceToRASMatrix, radiological).
 
-The displayed plane is the model's plane (same normal up to sign, same centre); the
-image on screen can be the model image flipped or transposed.
+The displayed plane is the model's plane, with the same centre and the same normal up
+to sign. The image on screen can be the model image flipped or transposed.
 """
 
 from __future__ import annotations

@@ -57,7 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    level = logging.INFO
+    if args.quiet:
+        level = logging.WARNING
+    if args.debug:
+        level = logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
     try:

@@ -148,9 +148,10 @@ def one_line_reason(error: BaseException) -> str:
 
 
 def prepare_scan(task: ScanTask) -> list[PreparedNodule]:
-    """Read one CT and cut the planes of each of its nodules; failures become reasons, never exceptions.
+    """Read one CT and cut the planes of each of its nodules, returning failures as reasons.
 
-    A scan that cannot be read fails all its nodules with the same reason; a point outside
+    Every exception is caught and becomes the reason of the nodules it affects. A scan
+    that cannot be read fails all its nodules with the same reason, and a point outside
     the scan fails only its own nodule.
     """
     from .image_io import load_ct
@@ -305,9 +306,9 @@ class CsvAppender:
 def read_complete_rows(path: Path) -> tuple[list[str] | None, list[dict[str, str]]]:
     """Read a CSV written by CsvAppender; return its header and the rows that are complete.
 
-    A run killed while writing can leave a last line cut short; such rows (too few or too
-    many fields, an empty key, or a last line without its line end) are dropped so that
-    those nodules are scored again.
+    A run killed while writing can leave a last line cut short. Such rows (too few or too
+    many fields, an empty key, or a last line without its line end) are dropped, so those
+    nodules are scored again.
     """
     if not path.is_file() or path.stat().st_size == 0:
         return None, []

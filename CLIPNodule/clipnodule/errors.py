@@ -1,6 +1,6 @@
 """Error types raised by the CLIPNodule library.
 
-Every error message names the offending value and says how to fix it. The command
+Every error message names the offending value and how to fix it. The command
 line prints the message as one line; the Slicer module shows it in the panel.
 """
 

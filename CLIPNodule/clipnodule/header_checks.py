@@ -243,7 +243,7 @@ def _read_text_header(path: Path, end_marker: str | None) -> list[str]:
 
 def check_metaimage_header(path: Path, source: str) -> None:
     """Raise InputError if a MetaImage (.mha/.mhd) header is not MetaImage, gives no voxel
-    spacing, or names voxel data that is missing or shorter than the header says."""
+    spacing, or names voxel data that is missing or shorter than the header declares."""
     lines = _read_text_header(path, "elementdatafile")
     fields = {}
     for line in lines:

@@ -68,7 +68,7 @@ def feature_value_columns(columns: list[str], feature: str, features: list[str])
     longer_prefixes = [other for other in longer_prefixes if other.startswith(prefix) and other != prefix]
 
     # Appending "_" also matches the longer feature's own most-likely column
-    # (`zeroshot_margin_conspicuity`, which holds text, not a probability).
+    # (`zeroshot_margin_conspicuity`, which contains text, not a probability).
     value_columns: dict[str, str] = {}
     for column in columns:
         if column.startswith(prefix) and not any(f"{column}_".startswith(other) for other in longer_prefixes):
@@ -178,7 +178,7 @@ def evaluate_zero_shot(semantic_labels: pd.DataFrame, predictions: pd.DataFrame,
                          "check that both files use the same ids")
 
     # Label columns and prompt features may spell a name differently ("airway_cutoff"
-    # against "airway cut-off"); the predictions' most-likely text columns name each
+    # against "airway cut-off"). The predictions' most-likely text columns name each
     # prompt feature, so names are matched with separators removed.
     prompt_features = {
         _compact_name(column[len(ZERO_SHOT_PREFIX):]): column[len(ZERO_SHOT_PREFIX):]

@@ -98,7 +98,7 @@ class GeminiReportWriter:
     Gemini endpoint (for a proxy or a test server). Each response is cached in `cache_dir`
     under the sha256 of the model, prompt template, temperature and feature table, so a
     rerun sends no request for a nodule already written. Requests start at most
-    `requests_per_minute` per minute; HTTP 429 and 5xx answers and connection errors are
+    `requests_per_minute` per minute. HTTP 429 and 5xx responses and connection errors are
     retried up to `max_retries` times, waiting `initial_delay_s` * 2**attempt seconds
     (at most `max_delay_s`). Nothing falls back silently: a missing key, an unreachable
     service or an exhausted quota raises CLIPNoduleError.

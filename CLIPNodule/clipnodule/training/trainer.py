@@ -619,8 +619,8 @@ def train_cross_validation(config: TrainingConfig) -> Path | None:
         run.output.mkdir(parents=True, exist_ok=True)
         dataset_sha256 = sha256_file(Path(config.dataset).expanduser())
 
-        # Every process looks for an earlier run before rank 0 writes the new state file;
-        # otherwise a slower process would find that file and take it for an old run.
+        # Every process looks for an earlier run before rank 0 writes the new state file.
+        # Without the barrier, a slower process would find that file and take it for an old run.
         state_existed = (run.output / STATE_FILE).is_file()
         barrier(context)
         run.load_or_create_state(dataset_sha256, state_existed)
