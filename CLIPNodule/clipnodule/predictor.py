@@ -10,7 +10,6 @@ No Qt or Slicer imports. Points are LPS unless `coordinate_system="RAS"` is give
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import time
 from pathlib import Path
@@ -24,7 +23,6 @@ from .errors import BundleError
 from .hashing import sha256_file
 from .result import FoldResult, NoduleResult
 
-logger = logging.getLogger(__name__)
 
 DEFAULT_BUNDLE_NAME = "clipnodule-demo-lidc"
 

@@ -30,21 +30,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `clipnodule predict`."""
     from ..coordinates import to_lps
-    from ..ct_checks import check_point_inside
     from ..image_io import load_ct
     from ..outputs import write_result_files
     from ..predictor import Predictor, input_checksum
+    from ..preprocess import extract_planes
 
-    # Check the output folder, the CT and the point before the model loads, so that a
-    # wrong input fails within a second.
+    # Read the CT and cut the planes before the model loads, so that a wrong path, image
+    # or point fails within a second. load_ct runs the CT checks and extract_planes the
+    # point check, so the predictor gets planes and repeats neither.
     image_path, point, system = resolve_nodule_arguments(args)
     output = prepare_output_dir(args.output)
-    image = load_ct(image_path)
-    point_lps = to_lps(point, system)
-    check_point_inside(image, point_lps)
+    nodule = extract_planes(load_ct(image_path), to_lps(point, system))
 
     predictor = Predictor.from_bundle(args.bundle, device=args.device)
-    result = predictor.predict(image, point_lps, pid=args.pid, nodule_id=args.nodule_id)
+    result = predictor.predict_planes([nodule], pids=[args.pid], nodule_ids=[args.nodule_id])[0]
     result.image_path = image_path
     result.input_sha256 = input_checksum(image_path)
     write_result_files(result, output)
